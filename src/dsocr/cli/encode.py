@@ -89,12 +89,7 @@ def write_tokens(path: str | Path, tokens, mode: str, grid) -> None:
 
 
 def resolve_weights(spec: str) -> Path:
-    """A local path as is; otherwise a hub id, downloaded (weights only) into the hub cache."""
-    path = Path(spec)
-    if path.exists():
-        return path
-    if spec.count("/") != 1 or spec.startswith((".", "/")) or spec.endswith((".safetensors", ".bin", ".pth", ".pt")):
-        raise DsocrError(f"{spec}: no such file or directory")
-    from ..weights.hub import download_model
+    """A local path as is; a hub id (or URL) downloaded, weights only, into the cache."""
+    from ..weights.hub import resolve_source
 
-    return download_model(spec)
+    return resolve_source(spec, log=lambda message: print(message, file=sys.stderr))

@@ -61,3 +61,65 @@ class DeepEncoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class DecoderConfig:
+    """DeepSeek-V2-family decoder with multi-head attention (the official `language_config`).
+
+    Fields keep the names of the official config.json so it can be read as is; values not in the
+    official file take DeepseekV2Config's defaults (spec §5).
+    """
+
+    vocab_size: int = 129280
+    hidden_size: int = 1280
+    intermediate_size: int = 6848  # dense SwiGLU of the first layers
+    moe_intermediate_size: int = 896
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 10
+    num_key_value_heads: int = 10
+    n_routed_experts: int = 64
+    n_shared_experts: int = 2
+    num_experts_per_tok: int = 6
+    first_k_dense_replace: int = 1
+    moe_layer_freq: int = 1
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    topk_method: str = "greedy"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 8192
+    bos_token_id: int = 0
+    eos_token_id: int = 1
+    aux_loss_alpha: float = 0.001
+    seq_aux: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads")
+        if self.topk_method != "greedy":
+            raise ValueError(f"topk_method {self.topk_method!r} is not supported (DeepSeek-OCR uses 'greedy')")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (
+            self.n_routed_experts > 0
+            and layer >= self.first_k_dense_replace
+            and layer % self.moe_layer_freq == 0
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DecoderConfig":
+        """Known fields of a config dict (unknown ones such as `use_mla` are checked, then ignored)."""
+        if values.get("use_mla"):
+            raise ValueError("use_mla=true (multi-head latent attention) is not DeepSeek-OCR's decoder")
+        if values.get("rope_scaling"):
+            raise ValueError("rope_scaling is not supported")
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
