@@ -86,11 +86,14 @@ class DeepSeekOCRForCausalLM(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, image_tokens: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Token embeddings with every `<image>` placeholder replaced, in order, by the image tokens
-        of that sample (all its images' sequences concatenated)."""
+        of that sample (all its images' sequences concatenated). Without `image_tokens` (decoding
+        steps) the ids are embedded as they are."""
+        if image_tokens is None:
+            return self.model.embed_tokens(input_ids)
         is_image = input_ids == self.config.image_token_id
         embeds = self.model.embed_tokens(input_ids.masked_fill(is_image, 0))
         for b in range(input_ids.shape[0]):
-            tokens = image_tokens[b] if image_tokens is not None else None
+            tokens = image_tokens[b]
             expected = int(is_image[b].sum())
             given = 0 if tokens is None else tokens.shape[0]
             if expected != given:

@@ -1,0 +1,1 @@
+"""Text generation for DeepSeek-OCR: logits processors and sampling (spec §6 "Generation")."""
