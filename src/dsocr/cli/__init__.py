@@ -10,13 +10,13 @@ import sys
 from ..errors import DsocrError
 
 # Sub-command modules of this package, in the order `dsocr --help` lists them.
-COMMANDS = ("encode", "inspect", "convert")
+COMMANDS = ("encode", "generate", "inspect", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsocr",
-        description="DeepSeek-OCR rebuilt from public parts: encode images with DeepEncoder, "
+        description="DeepSeek-OCR rebuilt from public parts: run the model on images, encode them with DeepEncoder, "
         "inspect and convert SAM/CLIP/DeepSeek-OCR weights.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
