@@ -120,3 +120,17 @@ def test_sam_trunk_at_other_sizes_matches_segment_anything_with_resampled_positi
     pixels = _pixels(1, size, seed=6)
     with torch.inference_mode():
         assert relative_error(ours.image_features(pixels), reference(pixels)) <= TOL
+
+
+def test_gradients_flow_through_every_part(encoder):
+    """Training needs a differentiable forward (window and global attention, chunked bias, layout)."""
+    import copy
+
+    model = copy.deepcopy(encoder).train()
+    pixels = _pixels(1, 512, seed=13)
+    model(pixels, None, None)[0].square().mean().backward()
+    for name, p in model.named_parameters():
+        if "patch_embedding" in name:  # CLIP's own patch embedding is unused by DeepEncoder
+            assert p.grad is None
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -116,8 +116,10 @@ class Attention(nn.Module):
             r_q = q[start:stop].reshape(-1, h, w, q.shape[-1])
             bias_h = torch.einsum("nhwd,hkd->nhwk", r_q, rel_h)
             bias_w = torch.einsum("nhwd,wkd->nhwk", r_q, rel_w)
-            # bias[(y, x), (ky, kx)] = bias_h[y, x, ky] + bias_w[y, x, kx], written in place
-            torch.add(bias_h[..., :, None], bias_w[..., None, :], out=out.view(-1, h, w, h, w))
+            # bias[(y, x), (ky, kx)] = bias_h[y, x, ky] + bias_w[y, x, kx]
+            if torch.is_grad_enabled() and (bias_h.requires_grad or bias_w.requires_grad):
+                return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(-1, h * w, h * w)
+            torch.add(bias_h[..., :, None], bias_w[..., None, :], out=out.view(-1, h, w, h, w))  # in place: no fresh pages
             return out
 
         out = attend(q, k, v, bias)  # [b * heads, h * w, D]
