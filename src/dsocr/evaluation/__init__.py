@@ -1,0 +1,43 @@
+"""Evaluation: OCR metrics (`metrics`), benchmark loaders (`benchmarks`) and reports (`report`)."""
+
+from dsocr.evaluation.metrics import (
+    BucketStats,
+    EvalRecord,
+    FoxScores,
+    Normalization,
+    aggregate_by_bucket,
+    cer,
+    compression_ratio,
+    count_text_tokens,
+    evaluate,
+    evaluate_pair,
+    fox_precision,
+    fox_scores,
+    nominal_vision_tokens,
+    normalize_text,
+    normalized_edit_distance,
+    summarize,
+    valid_vision_tokens,
+    wer,
+)
+
+__all__ = [
+    "BucketStats",
+    "EvalRecord",
+    "FoxScores",
+    "Normalization",
+    "aggregate_by_bucket",
+    "cer",
+    "compression_ratio",
+    "count_text_tokens",
+    "evaluate",
+    "evaluate_pair",
+    "fox_precision",
+    "fox_scores",
+    "nominal_vision_tokens",
+    "normalize_text",
+    "normalized_edit_distance",
+    "summarize",
+    "valid_vision_tokens",
+    "wer",
+]
