@@ -4,7 +4,7 @@ from .errors import DsocrError
 
 __version__ = "0.1.0"
 
-__all__ = ["DeepEncoder", "DsocrError", "__version__"]
+__all__ = ["DeepEncoder", "DeepSeekOCR", "DsocrError", "__version__", "ocr"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,12 @@ def __getattr__(name: str):
         from .model import DeepEncoder
 
         return DeepEncoder
+    if name == "DeepSeekOCR":
+        from .inference.pipeline import DeepSeekOCR
+
+        return DeepSeekOCR
+    if name == "ocr":
+        from .inference.ocr import ocr
+
+        return ocr
     raise AttributeError(f"module 'dsocr' has no attribute {name!r}")
