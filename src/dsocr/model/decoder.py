@@ -115,6 +115,7 @@ class Gate(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # as nn.Linear (the official gate is a bare Parameter)
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.scaling = config.routed_scaling_factor

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from dsocr.errors import DsocrError
-from dsocr.processing.images import MAX_IMAGE_PIXELS, load_image
+from dsocr.processing.images import MAX_IMAGE_PIXELS, load_image, open_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -356,15 +355,4 @@ def _open_pdf(source: Source):
 
 
 def _open_pillow(source: Source) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # corrupt-metadata chatter; real problems raise below
-            return Image.open(source.path)
-    except Image.DecompressionBombError as exc:
-        raise DsocrError(f"{source.name}: image too large ({_one_line(exc)})") from None
-    except Image.UnidentifiedImageError:
-        raise DsocrError(f"{source.name}: not an image file Pillow can read") from None
-    except OSError as exc:
-        raise DsocrError(f"{source.name}: cannot open ({_one_line(exc.strerror or exc)})") from None
-    except Exception as exc:
-        raise DsocrError(f"{source.name}: corrupt image ({_one_line(exc)})") from None
+    return open_image_file(source.path, source.name)

@@ -68,11 +68,17 @@ def load_image(
         raise DsocrError(f"{name}: no such file")
     if path.is_dir():
         raise DsocrError(f"{name}: is a directory, not an image file")
+    with open_image_file(path, name) as image:
+        return _decode(image, name, exif_transpose, max_pixels)
+
+
+def open_image_file(path: Path, name: str) -> Image.Image:
+    """`Image.open` (lazy: header only) with every failure as a one-line `DsocrError` naming `name`.
+    Pillow's soft decompression-bomb warning is silenced: callers check the pixel count themselves."""
     try:
         with warnings.catch_warnings():
-            # Our own max_pixels check below replaces Pillow's soft warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            warnings.simplefilter("ignore")  # bomb and corrupt-metadata chatter; real problems raise below
+            return Image.open(path)
     except Image.DecompressionBombError as exc:
         raise DsocrError(f"{name}: image too large, refused as a possible decompression bomb ({_one_line(exc)})") from None
     except Image.UnidentifiedImageError:
@@ -81,8 +87,6 @@ def load_image(
         raise DsocrError(f"{name}: cannot open ({_one_line(exc.strerror or exc)})") from None
     except Exception as exc:  # Pillow plugins raise assorted types on corrupt headers
         raise DsocrError(f"{name}: corrupt image ({_one_line(exc)})") from None
-    with image:
-        return _decode(image, name, exif_transpose, max_pixels)
 
 
 def _decode(image: Image.Image, name: str, exif_transpose: bool, max_pixels: int) -> Image.Image:
