@@ -10,7 +10,7 @@ import sys
 from ..errors import DsocrError
 
 # Sub-command modules of this package, in the order `dsocr --help` lists them.
-COMMANDS = ("encode", "generate", "inspect", "convert")
+COMMANDS = ("encode", "generate", "ocr", "inspect", "convert", "train", "eval", "synth")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,7 +162,7 @@ class MoE(nn.Module):
         for expert, count in zip(self.experts, counts):
             if count:
                 slots = order[start : start + count]
-                outputs[slots] = expert(x[slots // k])
+                outputs[slots] = expert(x[slots // k]).to(outputs.dtype)  # bf16 under autocast
                 start += count
         # weighted sum over the k slots in float32, as the official moe_infer
         mixed = (outputs.view(-1, k, x.shape[-1]).float() * weights[..., None]).sum(dim=1)
