@@ -425,3 +425,12 @@ def test_shard_dataset_splits_shards(tmp_path, shard_samples):
     assert sorted(s.target for s in loader) == sorted(s.target for s in shard_samples * 2)
     with pytest.raises(DsocrError, match="rank"):
         ShardDataset(tmp_path, rank=2, world_size=2)
+
+
+def test_vocabulary_limits_the_words_drawn():
+    from dsocr.data.synthetic import WORDS, SynthConfig, render_page
+
+    config = SynthConfig(width=384, height=256, vocabulary=5, digits=0, punctuation=0, lists=False, tables=False)
+    allowed = {w.lower() for w in WORDS[:5]}
+    words = {w.strip(".?!,;:").lower() for seed in range(5) for w in render_page(seed, config).plain_text().split()}
+    assert words and words <= allowed

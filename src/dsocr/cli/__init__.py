@@ -36,7 +36,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dsocr {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # python -m dsocr.cli
-    sys.exit(main())

@@ -118,6 +118,12 @@ class SynthConfig:
     noise: float = 0.0
     """Standard deviation of additive Gaussian noise, in 0..255 grey levels (0 = none)."""
     max_blocks: int = 40
+    vocabulary: int = 0
+    """Draw words from only the first N words of the built-in list (0 = all of them)."""
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return WORDS[: self.vocabulary] if self.vocabulary else WORDS
 
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64:
@@ -216,7 +222,7 @@ def _word(rng: random.Random, config: SynthConfig) -> str:
         if kind < 0.8:
             return f"{rng.randint(0, 99)}.{rng.randint(0, 99):02d}"
         return str(rng.randint(1900, 2030))
-    return rng.choice(WORDS)
+    return rng.choice(config.words)
 
 
 def sentence(rng: random.Random, config: SynthConfig, low: int = 6, high: int = 16) -> str:
@@ -230,8 +236,9 @@ def sentence(rng: random.Random, config: SynthConfig, low: int = 6, high: int = 
     return " ".join(words) + rng.choice((".", ".", ".", ".", ".", "?", "!"))
 
 
-def title_words(rng: random.Random, low: int = TITLE_WORDS_MIN, high: int = TITLE_WORDS_MAX) -> list[str]:
-    return [rng.choice(WORDS).capitalize() for _ in range(rng.randint(low, high))]
+def title_words(rng: random.Random, low: int = TITLE_WORDS_MIN, high: int = TITLE_WORDS_MAX,
+                words: tuple[str, ...] = WORDS) -> list[str]:
+    return [rng.choice(words).capitalize() for _ in range(rng.randint(low, high))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +311,8 @@ def _text_lines_draft(label: str, lines: list[list[str]], font, x: float, y: flo
     return draft
 
 
-def _title(rng, style: _Style, x, y, width, max_height) -> _Draft | None:
-    lines = _wrap(title_words(rng), style.title, width)[:3]
+def _title(rng, style: _Style, config: SynthConfig, x, y, width, max_height) -> _Draft | None:
+    lines = _wrap(title_words(rng, words=config.words), style.title, width)[:3]
     lines = lines[: _fit_lines(len(lines), style.title, 1.15, max_height)]
     if not lines:
         return None
@@ -315,8 +322,8 @@ def _title(rng, style: _Style, x, y, width, max_height) -> _Draft | None:
     return draft
 
 
-def _sub_title(rng, style: _Style, x, y, width, max_height) -> _Draft | None:
-    lines = _wrap(title_words(rng, 2, 5), style.sub_title, width)[:1]
+def _sub_title(rng, style: _Style, config: SynthConfig, x, y, width, max_height) -> _Draft | None:
+    lines = _wrap(title_words(rng, 2, 5, config.words), style.sub_title, width)[:1]
     if not lines or _fit_lines(1, style.sub_title, 1.0, max_height) < 1:
         return None
     draft = _text_lines_draft("sub_title", lines, style.sub_title, x, y, 1.0)
@@ -375,14 +382,14 @@ def _table_cell(rng, config: SynthConfig) -> str:
     if roll < 0.5:
         return f"{rng.randint(0, 999)}.{rng.randint(0, 9)}"
     if roll < 0.85:
-        return rng.choice(WORDS)
-    return f"{rng.choice(WORDS)} {rng.choice(WORDS)}"
+        return rng.choice(config.words)
+    return f"{rng.choice(config.words)} {rng.choice(config.words)}"
 
 
 def _table(rng, style: _Style, config: SynthConfig, x, y, width, max_height) -> _Draft | None:
     font, bold = style.body, style.bold
     rows, cols = rng.randint(2, 6), rng.randint(2, 5)
-    header = [rng.choice(WORDS).capitalize() for _ in range(cols)]
+    header = [rng.choice(config.words).capitalize() for _ in range(cols)]
     body = [[_table_cell(rng, config) for _ in range(cols)] for _ in range(rows - 1)]
     grid = [header, *body]
     pad = max(3, round(font.size / 3)) if hasattr(font, "size") else 4
@@ -454,7 +461,7 @@ def _layout(rng: random.Random, config: SynthConfig, style: _Style) -> list[_Dra
     left, right, top, bottom = margin, W - margin, margin, H - margin
     drafts: list[_Draft] = []
 
-    title = _title(rng, style, left, top, right - left, bottom - top)
+    title = _title(rng, style, config, left, top, right - left, bottom - top)
     if title is None:
         return drafts
     drafts.append(title)
@@ -480,7 +487,7 @@ def _layout(rng: random.Random, config: SynthConfig, style: _Style) -> list[_Dra
             if kind == "text":
                 draft = _paragraph(rng, style, config, x, y, column_width, space)
             elif kind == "sub_title":
-                draft = _sub_title(rng, style, x, y, column_width, space)
+                draft = _sub_title(rng, style, config, x, y, column_width, space)
             elif kind == "list":
                 draft = _list(rng, style, config, x, y, column_width, space)
             else:
@@ -656,6 +663,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rotation", type=float, default=defaults.rotation, help="largest rotation in degrees")
     parser.add_argument("--blur", type=float, default=defaults.blur, help="Gaussian blur radius in pixels")
     parser.add_argument("--noise", type=float, default=defaults.noise, help="Gaussian noise std in grey levels")
+    parser.add_argument("--vocabulary", type=int, default=0, metavar="N",
+                        help="use only the first N words of the built-in word list (0 = all)")
     parser.add_argument("--manifest", default="manifest.jsonl", help="manifest file name inside OUT_DIR")
     parser.add_argument("--shards", type=int, default=0, metavar="N",
                         help="also pack the samples into tar shards of N samples in OUT_DIR/shards")
@@ -667,6 +676,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         width=args.width, height=args.height, columns=args.columns, font_size=tuple(args.font_size),
         families=families, lists=not args.no_lists, tables=not args.no_tables, digits=args.digits,
         punctuation=args.punctuation, rotation=args.rotation, blur=args.blur, noise=args.noise,
+        vocabulary=args.vocabulary,
     )
 
 
