@@ -184,3 +184,47 @@ def test_convert_from_sam_url(tmp_path, monkeypatch):
     out = tmp_path / "out.safetensors"
     convert(hub.SAM_VIT_B_URL, str(tmp_path / "clip"), out, cache_dir=tmp_path / "cache", verify=False, log=lambda s: None)
     assert out.is_file() and (tmp_path / "cache" / "sam_vit_b_01ec64.pth").is_file()
+
+
+# -- whole-model directories (DeepSeekOCR.from_pretrained, dsocr generate/ocr/eval --model) ---------
+
+
+def test_model_dir_downloads_config_weights_and_tokenizer(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(repo_id, allow_patterns, cache_dir):
+        calls.append((repo_id, tuple(allow_patterns), cache_dir))
+        snapshot = tmp_path / "snapshot"
+        snapshot.mkdir(exist_ok=True)
+        (snapshot / "config.json").write_text("{}")
+        (snapshot / "model-00001-of-000001.safetensors").write_bytes(b"")
+        return str(snapshot)
+
+    monkeypatch.setattr(hub, "_hf_snapshot_download", fake)
+    directory = hub.resolve_model_dir("deepseek-ai/DeepSeek-OCR", cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert directory == tmp_path / "snapshot"
+    (repo, patterns, cache), = calls
+    assert repo == "deepseek-ai/DeepSeek-OCR" and cache == str(tmp_path / "cache")
+    for needed in ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"):
+        assert needed in patterns
+
+
+def test_model_dir_errors(tmp_path, monkeypatch):
+    assert hub.resolve_model_dir(str(tmp_path)) == tmp_path  # a local directory as it is
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    with pytest.raises(DsocrError, match="a model is a directory"):
+        hub.resolve_model_dir(str(tmp_path / "w.safetensors"))
+    with pytest.raises(DsocrError, match="no such directory"):
+        hub.resolve_model_dir(str(tmp_path / "missing" / "dir"))
+
+    def offline(repo_id, allow_patterns, cache_dir):
+        raise ConnectionError("no network\nsecond line")
+
+    monkeypatch.setattr(hub, "_hf_snapshot_download", offline)
+    with pytest.raises(DsocrError, match=r"cannot download from the Hugging Face Hub \(ConnectionError: no network\)"):
+        hub.resolve_model_dir("deepseek-ai/DeepSeek-OCR", log=lambda m: None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(hub, "_hf_snapshot_download", lambda *a: str(empty))
+    with pytest.raises(DsocrError, match="no config.json and safetensors"):
+        hub.resolve_model_dir("someone/not-a-model", log=lambda m: None)
