@@ -14,10 +14,16 @@ from __future__ import annotations
 import argparse
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
-from dsocr.model.config import DecoderConfig
-from dsocr.model.decoder import Decoder, KVCache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from oracles import split_fused_experts  # noqa: E402
+
+from dsocr.model.config import DecoderConfig  # noqa: E402
+from dsocr.model.decoder import Decoder, KVCache  # noqa: E402
 
 PROMPT = 273 + 15  # base mode image tokens + a short prompt
 
@@ -56,18 +62,7 @@ def dsocr_view_of(reference, cfg: DecoderConfig) -> Decoder:
     """dsocr's Decoder whose parameters are views of the reference's tensors."""
     with torch.device("meta"):
         ours = Decoder(cfg)
-    state = {}
-    for name, t in reference.state_dict().items():
-        if name.endswith("experts.gate_up_proj"):
-            base = name[: -len("gate_up_proj")]
-            for e in range(cfg.n_routed_experts):
-                state[f"{base}{e}.gate_proj.weight"], state[f"{base}{e}.up_proj.weight"] = t[e].chunk(2)
-        elif name.endswith("experts.down_proj"):
-            base = name[: -len("down_proj")]
-            for e in range(cfg.n_routed_experts):
-                state[f"{base}{e}.down_proj.weight"] = t[e]
-        else:
-            state[name] = t
+    state = split_fused_experts(reference.state_dict(), cfg.n_routed_experts)
     ours.load_state_dict(state, strict=True, assign=True)
     return ours.eval()
 

@@ -318,3 +318,21 @@ def official_model_dir(oracle, directory, patch_embedding_seed: int = 0):
     }
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     return directory
+
+
+def split_fused_experts(state: dict, n_experts: int) -> dict:
+    """transformers keeps each MoE layer's experts fused ([E, 2I, D] gate+up, [E, D, I] down); the
+    official checkpoint has one module per expert. Views, no copies."""
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            prefix = name[: -len("gate_up_proj")]
+            for e in range(n_experts):
+                out[f"{prefix}{e}.gate_proj.weight"], out[f"{prefix}{e}.up_proj.weight"] = tensor[e].chunk(2, dim=0)
+        elif name.endswith("mlp.experts.down_proj"):
+            prefix = name[: -len("down_proj")]
+            for e in range(n_experts):
+                out[f"{prefix}{e}.down_proj.weight"] = tensor[e]
+        else:
+            out[name] = tensor
+    return out

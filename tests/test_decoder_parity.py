@@ -8,7 +8,7 @@ import torch
 
 from dsocr.model.config import DecoderConfig
 from dsocr.model.decoder import Decoder
-from oracles import randomize_, relative_error
+from oracles import randomize_, relative_error, split_fused_experts
 
 TOL = 1e-5
 
@@ -29,29 +29,10 @@ def _oracle(cfg: DecoderConfig, seed: int):
     return randomize_(DeepseekOcr2TextModel(config).eval(), seed, std=0.05)
 
 
-def _official_names(oracle_state: dict, cfg: DecoderConfig) -> dict:
-    """The oracle keeps each MoE layer's experts fused ([E, 2I, D] gate+up, [E, D, I] down); the
-    official checkpoint has one module per expert."""
-    state = {}
-    for name, tensor in oracle_state.items():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            prefix = name[: -len("gate_up_proj")]
-            for e in range(cfg.n_routed_experts):
-                gate, up = tensor[e].chunk(2, dim=0)
-                state[f"{prefix}{e}.gate_proj.weight"], state[f"{prefix}{e}.up_proj.weight"] = gate, up
-        elif name.endswith("mlp.experts.down_proj"):
-            prefix = name[: -len("down_proj")]
-            for e in range(cfg.n_routed_experts):
-                state[f"{prefix}{e}.down_proj.weight"] = tensor[e]
-        else:
-            state[name] = tensor
-    return state
-
-
 def _check(cfg: DecoderConfig, length: int, seed: int):
     oracle = _oracle(cfg, seed)
     ours = Decoder(cfg).eval()
-    ours.load_state_dict(_official_names(oracle.state_dict(), cfg), strict=True)
+    ours.load_state_dict(split_fused_experts(oracle.state_dict(), cfg.n_routed_experts), strict=True)
     ids = torch.randint(0, cfg.vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
     lm_head = torch.randn(cfg.vocab_size, cfg.hidden_size, generator=torch.Generator().manual_seed(seed + 1)) * 0.05
     with torch.inference_mode():
