@@ -16,8 +16,8 @@ COMMANDS = ("encode", "generate", "ocr", "inspect", "convert", "train", "eval", 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsocr",
-        description="DeepSeek-OCR rebuilt from public parts: run the model on images, encode them with DeepEncoder, "
-        "inspect and convert SAM/CLIP/DeepSeek-OCR weights.",
+        description="DeepSeek-OCR rebuilt from public parts: OCR images and PDFs, run the model, encode with "
+        "DeepEncoder, inspect and convert weights, make synthetic data, train and evaluate.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
