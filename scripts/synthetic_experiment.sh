@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out=$(realpath -m "${1:-runs/synthetic-experiment}")
-steps=${2:-400}
+steps=${2:-600}
 dsocr=.venv/bin/dsocr
 pages=(--task free --width 384 --height 256 --font-size 24 30 --no-lists --no-tables --digits 0 --punctuation 0 --vocabulary 24)
 rm -rf "$out"
