@@ -56,8 +56,7 @@ def run_eval(ocr, samples: Sequence, mode: str, *, settings=None, prompt: str | 
     for i, sample in enumerate(tqdm(samples, desc="eval", unit="sample", disable=not progress)):
         result = ocr.generate([list(sample.images)], prompt=prompt or sample.prompt, mode=mode,
                               max_tiles=max_tiles, settings=settings)[0]
-        grid = result.grids[0] if result.grids else None
-        vision = sum(nominal_vision_tokens(mode, g) for g in result.grids) or nominal_vision_tokens(mode, grid)
+        vision = sum(nominal_vision_tokens(mode, g) for g in result.grids) or nominal_vision_tokens(mode)
         sample_id = sample.id or str(i)
         records.append(evaluate_pair(result.text, sample.target, vision, id=sample_id, normalization=normalization,
                                      tokenizer=ocr.tokenizer))
