@@ -54,14 +54,18 @@ class DeepSeekOCR:
         device: str | torch.device = "cpu",
         hub: str = "hf",
         cache_dir: str | Path | None = None,
+        pack: bool = True,
     ) -> "DeepSeekOCR":
-        """A model directory, or a hub id downloaded once into the cache."""
+        """A model directory, or a hub id downloaded once into the cache. On CPU the language
+        model's linear layers are packed for oneDNN (`pack=False` keeps plain `nn.Linear`s)."""
         from ..model.deepseek_ocr import DeepSeekOCRForCausalLM
         from ..processing.tokenizer import load_tokenizer
         from ..weights.hub import resolve_model_dir
 
         directory = resolve_model_dir(str(source), hub=hub, cache_dir=cache_dir)
         model = DeepSeekOCRForCausalLM.from_pretrained(directory, dtype=resolve_dtype(dtype, device), device=device)
+        if pack:
+            model.pack_for_inference()
         return cls(model, load_tokenizer(directory))
 
     def generate(

@@ -90,9 +90,15 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         causal = mask is None and t > 1
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.kv_heads != self.heads
-        )
+        if t == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # A decode step on CPU: the float32 kernel is ~3x faster than the bf16 one there, and exact.
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=self.kv_heads != self.heads
+            ).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.kv_heads != self.heads
+            )
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -154,6 +160,10 @@ class MoE(nn.Module):
     def _routed(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """Run only the chosen experts: the (token, slot) pairs sorted by expert, one matmul each."""
         k = experts.shape[1]
+        if x.shape[0] == 1:  # one token (a decode step at batch 1): its k experts in turn
+            chosen = [self.experts[e](x) for e in experts[0].tolist()]
+            outputs = torch.cat(chosen).to(x.dtype)
+            return (outputs[None].float() * weights[..., None]).sum(dim=1).to(x.dtype)
         flat_experts = experts.flatten()
         order = flat_experts.argsort(stable=True)
         counts = torch.bincount(flat_experts, minlength=len(self.experts)).tolist()

@@ -78,11 +78,36 @@ class DeepSeekOCRForCausalLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.model.embed_tokens.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.model.embed_tokens.weight.device
+
+    def pack_for_inference(self) -> int:
+        """Pack the language model's linear layers (decoder and LM head) for oneDNN where the
+        device and dtype allow (`model.packed`): CPU decoding about twice as fast, same results,
+        same state dict; `unpack()` before training. Returns how many layers were packed."""
+        from .packed import PackedLinear, pack_linears, packing_supported
+
+        count = pack_linears(self.model.layers)
+        head = self.lm_head
+        if type(head) is nn.Linear and packing_supported(head.weight.device, head.weight.dtype):
+            with torch.no_grad():
+                self.lm_head = PackedLinear(head)
+            count += 1
+        return count
+
+    @property
+    def packed(self) -> bool:
+        from .packed import PackedLinear
+
+        return isinstance(self.lm_head, PackedLinear)
+
+    def unpack(self) -> int:
+        from .packed import unpack_linears
+
+        return unpack_linears(self)
 
     def embed(self, input_ids: torch.Tensor, image_tokens: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Token embeddings with every `<image>` placeholder replaced, in order, by the image tokens
