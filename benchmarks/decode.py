@@ -34,7 +34,7 @@ from oracles import split_fused_experts  # noqa: E402
 
 from dsocr.model.config import DecoderConfig  # noqa: E402
 from dsocr.model.decoder import Decoder, KVCache  # noqa: E402
-from dsocr.model.packed import pack_linears  # noqa: E402
+from dsocr.model.packed import pack_linear, pack_linears  # noqa: E402
 
 PROMPT = 273 + 15  # base mode image tokens + a short prompt
 
@@ -97,11 +97,8 @@ def run_dsocr(model: Decoder, lm_head: nn.Module, ids, new_tokens):
 def packed_copy(reference, cfg: DecoderConfig, lm_head: nn.Module) -> tuple[Decoder, nn.Module]:
     """A second dsocr decoder with packed copies of the reference's weights."""
     ours = dsocr_view_of(reference, cfg)
-    holder = nn.Module()
-    holder.decoder, holder.lm_head = ours, nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device="meta")
-    holder.lm_head.weight = lm_head.weight
-    pack_linears(holder)
-    return holder.decoder, holder.lm_head
+    pack_linears(ours)
+    return ours, pack_linear(lm_head) or lm_head
 
 
 def pack_releasing(ours: Decoder, lm_head: nn.Module, reference) -> nn.Module:
@@ -111,10 +108,7 @@ def pack_releasing(ours: Decoder, lm_head: nn.Module, reference) -> nn.Module:
         pack_linears(ours_layer)
         for p in ref_layer.parameters():
             p.data = torch.empty(0, dtype=p.dtype)
-    holder = nn.Module()
-    holder.lm_head = lm_head
-    pack_linears(holder)
-    return holder.lm_head
+    return pack_linear(lm_head) or lm_head
 
 
 def read_bandwidth() -> float:

@@ -88,13 +88,12 @@ class DeepSeekOCRForCausalLM(nn.Module):
         """Pack the language model's linear layers (decoder and LM head) for oneDNN where the
         device and dtype allow (`model.packed`): CPU decoding about twice as fast, same results,
         same state dict; `unpack()` before training. Returns how many layers were packed."""
-        from .packed import PackedLinear, pack_linears, packing_supported
+        from .packed import pack_linear, pack_linears
 
         count = pack_linears(self.model.layers)
-        head = self.lm_head
-        if type(head) is nn.Linear and packing_supported(head.weight.device, head.weight.dtype):
-            with torch.no_grad():
-                self.lm_head = PackedLinear(head)
+        head = pack_linear(self.lm_head)
+        if head is not None:
+            self.lm_head = head
             count += 1
         return count
 

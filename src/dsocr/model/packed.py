@@ -45,7 +45,7 @@ class PackedLinear(nn.Module):
     def _pack(self, weight: torch.Tensor) -> None:
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(f"weight of shape {tuple(weight.shape)} for a {self.in_features}->{self.out_features} layer")
-        self.dtype, self.device = weight.dtype, weight.device
+        self.dtype = weight.dtype
         # oneDNN chooses the block layout for a batch size; 1 is the decode step, and the packed
         # matrix serves any number of rows.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 1)
@@ -98,18 +98,20 @@ def _swap(root: nn.Module, convert) -> int:
     return count
 
 
-def pack_linears(root: nn.Module) -> int:
-    """Replace every bias-free-or-biased `nn.Linear` under `root` by a `PackedLinear` (one at a
-    time, so memory peaks at the weights plus one matrix). Returns how many were packed; 0 where
-    the device or dtype has no packed kernel."""
-
-    def convert(child):
-        if type(child) is nn.Linear and packing_supported(child.weight.device, child.weight.dtype):
-            return PackedLinear(child)
+def pack_linear(module: nn.Module) -> PackedLinear | None:
+    """`module` packed, or None where it is not a plain `nn.Linear` or its device and dtype have
+    no packed kernel."""
+    if type(module) is not nn.Linear or not packing_supported(module.weight.device, module.weight.dtype):
         return None
-
     with torch.no_grad():
-        return _swap(root, convert)
+        return PackedLinear(module)
+
+
+def pack_linears(root: nn.Module) -> int:
+    """Replace every `nn.Linear` under `root` by a `PackedLinear` (one at a time, so memory peaks
+    at the weights plus one matrix). Returns how many were packed; 0 where the device or dtype
+    has no packed kernel."""
+    return _swap(root, pack_linear)
 
 
 def unpack_linears(root: nn.Module) -> int:
