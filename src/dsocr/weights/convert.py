@@ -428,13 +428,12 @@ _OPENAI_FOR_HF_CLIP = keymaps.compile_table([
     (r"encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"visual.transformer.resblocks.\1.mlp.c_fc.\2"),
     (r"encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"visual.transformer.resblocks.\1.mlp.c_proj.\2"),
 ])
-_OPENAI_QKV_FOR_HF_CLIP = r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)"
 
 
 def _openai_tensor_for_hf_clip(name: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
     """The tensor transformers' CLIPVisionModel calls `name`, taken from OpenAI's `visual.*`
     (q/k/v are row blocks 0/1/2 of in_proj)."""
-    match = re.fullmatch(_OPENAI_QKV_FOR_HF_CLIP, name)
+    match = re.fullmatch(keymaps.HF_CLIP_QKV, name)  # transformers' q/k/v names
     if match:
         layer, which, param = match.groups()
         stacked = read(f"visual.transformer.resblocks.{layer}.attn.in_proj_{param}")
