@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Stage 1 in minutes on a CPU: train a tiny DeepEncoder + compact LM from random weights on
-# synthetic pages, then score held-out pages with the untrained and the trained model.
+# synthetic pages (256x128, a title of 1-3 words from 8 words, one font), then score held-out
+# pages with the untrained and the trained model.
 #   bash scripts/synthetic_experiment.sh [OUT_DIR] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out=$(realpath -m "${1:-runs/synthetic-experiment}")
-steps=${2:-600}
+steps=${2:-800}
 dsocr=.venv/bin/dsocr
-pages=(--task free --width 384 --height 256 --font-size 24 30 --no-lists --no-tables --digits 0 --punctuation 0 --vocabulary 24)
+pages=(--task free --width 256 --height 128 --font-size 28 28 --fonts sans --no-lists --no-tables --digits 0 --punctuation 0 --vocabulary 8)
 rm -rf "$out"
-"$dsocr" synth "$out/train" -n 400 --seed 1 "${pages[@]}"
-"$dsocr" synth "$out/heldout" -n 30 --seed 2 "${pages[@]}"
+"$dsocr" synth "$out/train" -n 2000 --seed 1 "${pages[@]}"
+"$dsocr" synth "$out/heldout" -n 100 --seed 2 "${pages[@]}"
 data="data.manifests=[\"$out/train/manifest.jsonl\"]"
 # the untrained model: one step at a negligible learning rate writes the initial weights as a checkpoint
 "$dsocr" train configs/synthetic.toml --out "$out/untrained" --set "$data" --set max_steps=1 --set optim.lr=1e-30
