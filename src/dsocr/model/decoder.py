@@ -90,15 +90,13 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         causal = mask is None and t > 1
-        if t == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        dtype = q.dtype
+        if t == 1 and q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
             # A decode step on CPU: the float32 kernel is ~3x faster than the bf16 one there, and exact.
-            out = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=self.kv_heads != self.heads
-            ).to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.kv_heads != self.heads
-            )
+            q, k, v = q.float(), k.float(), v.float()
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.kv_heads != self.heads
+        ).to(dtype)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
